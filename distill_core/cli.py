@@ -414,7 +414,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.size < 8:
         raise ConfigError("--count must be at least 1 and --size at least 8")
-    written = build_demo_data(args.dir, count=args.count, size=args.size)
+    try:
+        written = build_demo_data(args.dir, count=args.count, size=args.size)
+    except ValueError as exc:  # e.g. DIR is an existing file
+        raise ConfigError(str(exc)) from exc
     print(f"wrote {written} images to {args.dir}")
     return 0
 

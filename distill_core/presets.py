@@ -88,7 +88,8 @@ PRESETS: dict[str, Preset] = {
             "pixel-shuffled back up: starts at the identity baseline and learns only the "
             "operator's change; every op has an int8 kernel. L1 to the teacher output; the rate "
             "halves every 500 steps. Trained on 96x96 crops (the net is fully convolutional), "
-            "evaluated and timed at 256x256."
+            "evaluated and timed at 256x256. Distilling OpenCV stylization: 22.2 dB after 2,000 "
+            "steps (identity 13.9 dB); refine=0 gives 21.7 dB at two thirds of the latency."
         ),
     ),
     "can24": Preset(

@@ -91,6 +91,10 @@ def quantize_int8(
             ImageCalibrationReader(model.graph.input[0].name, calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            # 7-bit weights: ORT's x86 u8s8 kernels (AVX2 without VNNI) can overflow their int16
+            # intermediate sums on the first conv (inputs span 0..255); measured on the trained
+            # default student: 22.19 -> 19.88 dB without it, 22.13 dB with it.
+            reduce_range=True,
             weight_type=QuantType.QInt8,
             activation_type=ACTIVATION_TYPES[activation_type],
             calibrate_method=CALIBRATION_METHOD,
@@ -100,7 +104,7 @@ def quantize_int8(
     _verify_qdq(quantized, out_path)
     _compact_names(quantized)
     details = (
-        f"static QDQ, per-channel int8 weights, {activation_type} activations, "
+        f"static QDQ, per-channel int8 weights (reduce_range), {activation_type} activations, "
         f"{CALIBRATION_METHOD.name} calibration on {len(calibration)} images"
     )
     if excluded:

@@ -282,13 +282,13 @@ class InvertedResidual(nn.Module):
 class MobileResidual(nn.Module):
     """Our CPU/int8 student: two stride-2 3x3 convs to 1/4 resolution, inverted-residual blocks
     (some dilated, for context) there, a 1x1 conv and a depth-to-space by 4 back to full
-    resolution, then (refine > 0) one 3x3 conv over those maps and the input; the result is
-    added to the input and clamped.
+    resolution, then (refine > 0) a 3x3 conv of those maps plus a 3x3 conv of the input; the
+    result is added to the input and clamped.
 
     Predicting a residual means a fresh net starts near output = input (the identity baseline) and
     learns only the operator's change; the full-resolution detail comes from the skip, so the
     wide work happens on 1/16 of the pixels. Every op (Conv, Relu/Clip, Add, DepthToSpace) has an
-    int8 kernel in ONNX Runtime's static QDQ path (Concat too); no InstanceNorm, no Resize.
+    int8 kernel in ONNX Runtime's static QDQ path; no InstanceNorm, no Resize, no Concat.
     """
 
     def __init__(
@@ -314,18 +314,24 @@ class MobileResidual(nn.Module):
         )
         self.use_refine = refine > 0
         if self.use_refine:
-            # Pixel-shuffle `refine` maps to full resolution and mix them with the input in one
+            # Pixel-shuffle `refine` maps to full resolution and mix them with the input by a
             # 3x3 conv: the 1/4-resolution path cannot see every pixel's detail on its own.
+            # Two convs summed, not one over a concat: int8 gives a Concat one shared scale, and
+            # the maps' range (~±10) would leave the input only a dozen levels.
             self.head = nn.Conv2d(width, refine * 16, 1)
-            self.refine = nn.Conv2d(3 + refine, 3, 3, padding=1)
-            last = self.refine
+            self.refine_input = nn.Conv2d(3, 3, 3, padding=1)
+            self.refine_maps = nn.Conv2d(refine, 3, 3, padding=1, bias=False)
+            last = [self.refine_input, self.refine_maps]
         else:
             self.head = nn.Conv2d(width, 3 * 16, 1)
-            self.refine = nn.Identity()
-            last = self.head
-        # Start at exactly the identity: the last conv outputs zeros until it learns.
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+            self.refine_input = nn.Identity()
+            self.refine_maps = nn.Identity()
+            last = [self.head]
+        # Start at exactly the identity: the last convs output zeros until they learn.
+        for conv in last:
+            nn.init.zeros_(conv.weight)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         self.mid = blocks // 2 - 1 if blocks >= 2 else -1
 
     @torch.jit.export
@@ -342,7 +348,7 @@ class MobileResidual(nn.Module):
         feats.append(y)
         residual = F.pixel_shuffle(self.head(y), 4)
         if self.use_refine:
-            residual = self.refine(torch.cat([x, residual], dim=1))
+            residual = self.refine_input(x) + self.refine_maps(residual)
         return clamp01(x + residual, self.training), feats
 
     @torch.jit.export

@@ -238,3 +238,11 @@ def test_demo_data_writes_the_requested_number_of_images(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "demo"), "--count", "3", "--size", "32"]) == 0
     assert len([p for p in (tmp_path / "demo").rglob("*") if p.is_file()]) >= 3
     assert "wrote 3 images" in capsys.readouterr().out
+
+
+def test_demo_data_into_an_existing_file_is_one_clear_line(tmp_path, capsys):
+    target = tmp_path / "not-a-folder"
+    target.write_text("x")
+    assert main(["demo-data", str(target), "--count", "3", "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import onnx
@@ -121,10 +120,6 @@ def test_sha256_file_is_the_sha256_of_the_bytes(exported):
     assert sha256_file(exported) == hashlib.sha256(exported.read_bytes()).hexdigest()
 
 
-@pytest.mark.skipif(
-    not os.environ.get("DISTILLERY_SLOW_TESTS"),
-    reason="torch.export takes 15-30 s on 2 cores; set DISTILLERY_SLOW_TESTS=1 to run it",
-)
 def test_the_torch_export_route_keeps_the_same_contract(student, tmp_path):
     # The route export_onnx falls back to once torch drops its TorchScript exporter.
     path = tmp_path / "dynamo.onnx"
