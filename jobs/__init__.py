@@ -1,0 +1,1 @@
+"""Runs, datasets, teachers, artifacts and agents: Distillery's Django app."""
