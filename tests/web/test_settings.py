@@ -100,9 +100,9 @@ def test_check_deploy_is_clean_in_production():
     assert "WARNING" not in result.stdout + result.stderr
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_waits_for_locks_instead_of_failing(settings):
     db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.sqlite3":
-        pytest.skip("this database is not SQLite")
+    assert db["ENGINE"] == "django.db.backends.sqlite3"
     assert db["OPTIONS"]["timeout"] >= 20
     assert db["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
