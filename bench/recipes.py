@@ -46,12 +46,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96, help="training crop (px)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--presets", default="seed,default,can24")
+    parser.add_argument("--images", type=int, default=1000, help="demo images to use")
     parser.add_argument("--teacher", default=f"onnx:{DEMO_TEACHER}")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-recipes")
     args = parser.parse_args()
 
     data_dir = args.work / "data"
-    build_demo_data(data_dir, count=1000)
+    build_demo_data(data_dir, count=args.images)
     dataset = open_dataset(data_dir)
     teacher = load_teacher(args.teacher)
     rows = []

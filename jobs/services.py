@@ -110,9 +110,8 @@ def clone_config(run: Run) -> dict[str, Any]:
     Keys without a form field of their own, whose value differs from the preset's, are returned
     under "extra" so nothing is lost on the way through the form.
     """
-    from distill_core.presets import get_preset
-
     from distill_core.config import ConfigError, DistillConfig
+    from distill_core.presets import get_preset
 
     config = dict(run.config)
     preset = run.preset or config.get("preset", "")
