@@ -90,6 +90,9 @@ class Run(models.Model):
     total_steps = models.IntegerField(default=0)
     progress = models.FloatField(default=0.0)  # 0..1
     eta_seconds = models.FloatField(null=True, blank=True)
+    # What an active run is doing when it is not counting steps, e.g. "preparing teacher outputs
+    # 120/1000" (the teacher runs once per image before step 1); empty while training.
+    phase = models.CharField(max_length=100, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     attempts = models.IntegerField(default=0)  # times a worker picked it up (re-queues add one)

@@ -45,8 +45,18 @@ class RunRecorder:
     # -- distill_core callbacks --------------------------------------------------------------
     def on_progress(self, progress) -> None:
         """Queue the step's losses and lr; write progress when a second has passed."""
-        if getattr(progress, "phase", "training") != "training":
-            return  # teacher outputs being prepared: the heartbeat thread shows we are alive
+        phase = getattr(progress, "phase", "training")
+        if phase != "training":
+            # Teacher outputs being prepared: no step yet, but the user sees it move.
+            now = time.monotonic()
+            if now - self._last_flush >= self.flush_seconds or progress.step >= progress.total:
+                self._last_flush = now
+                eta = progress.eta_s if progress.eta_s and math.isfinite(progress.eta_s) else None
+                self._mine().update(
+                    phase=f"{phase} teacher outputs {progress.step}/{progress.total}",
+                    eta_seconds=eta,
+                )
+            return
         for name, value in progress.losses.items():
             self._add(name, progress.step, value)
         if progress.lr is not None:
@@ -55,6 +65,7 @@ class RunRecorder:
         if eta is not None and not math.isfinite(eta):
             eta = None
         self._pending = {
+            "phase": "",
             "step": progress.step,
             "total_steps": progress.total,
             "progress": min(1.0, progress.step / progress.total) if progress.total else 0.0,

@@ -51,6 +51,7 @@ def status_payload(run: Run) -> dict[str, Any]:
         "total": run.total_steps,
         "progress": round(run.progress, 4),
         "eta_seconds": run.eta_seconds,
+        "phase": run.phase,
         "cancel_requested": run.cancel_requested,
         "heartbeat": run.heartbeat.isoformat() if run.heartbeat else None,
         "error": run.error,

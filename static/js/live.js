@@ -28,6 +28,7 @@
     }
     if ("step" in data) setText(root, "step", data.step);
     if ("total" in data) setText(root, "total", data.total);
+    if ("phase" in data) setText(root, "phase", data.active && data.phase ? "· " + data.phase : "");
     if ("eta_seconds" in data) setText(root, "eta", data.active ? duration(data.eta_seconds) : "—");
     root.querySelectorAll('[data-field="error"]').forEach((el) => {
       if (data.error) {

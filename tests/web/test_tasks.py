@@ -367,3 +367,20 @@ def test_a_run_stays_queued_with_the_reason_when_the_broker_is_unreachable(new_r
     assert run.status == Run.Status.QUEUED
     assert run.error.startswith("broker unreachable:")
     assert "stays queued" in run.error
+
+
+def test_a_run_preparing_teacher_outputs_shows_how_far_it_got_then_clears_it(new_run):
+    from distill_core.train import Progress
+    from jobs.heartbeat import Heartbeat
+    from jobs.recorder import RunRecorder
+
+    run = new_run(steps=4)
+    recorder = RunRecorder(run, Heartbeat(run.pk, run.attempts), flush_seconds=0)
+
+    recorder.on_progress(Progress(12, 40, {}, 0.0, 1.0, 3.0, phase="preparing"))
+    run.refresh_from_db()
+    assert run.phase == "preparing teacher outputs 12/40" and run.step == 0
+
+    recorder.on_progress(Progress(1, 4, {"total": 0.5}, 1e-3, 1.0, 3.0))
+    run.refresh_from_db()
+    assert run.phase == "" and run.step == 1
