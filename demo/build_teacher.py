@@ -28,10 +28,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from distill_core.checksums import sha256_file  # noqa: E402
 from distill_core.config import DistillConfig  # noqa: E402
 from distill_core.datasets import open_dataset  # noqa: E402
 from distill_core.demo_data import build_demo_data  # noqa: E402
-from distill_core.export import sha256_file  # noqa: E402
 from distill_core.students import build_student, count_params  # noqa: E402
 from distill_core.teachers import load_teacher  # noqa: E402
 from distill_core.train import Callbacks, distill  # noqa: E402

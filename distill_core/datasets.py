@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from distill_core.checksums import sha256_file
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Only these decoders may run: a file named .png that is really an EPS or a PSD is refused rather
 # than handed to a plugin nobody asked for (EPS would start Ghostscript).
@@ -416,12 +418,6 @@ def _paired_items(
 
 
 # -- zip files ---------------------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _unwrap_single_folder(root: Path) -> Path:
@@ -437,7 +433,7 @@ def _unpacked_zip(
 ) -> tuple[Path, list[SkippedFile]]:
     """Unpack once into a folder beside the zip; reuse it while the zip is unchanged."""
     target = extract_to or zip_path.with_name(zip_path.stem + ".unzipped")
-    sha = _sha256_file(zip_path)
+    sha = sha256_file(zip_path)
     marker = target / _ZIP_MARKER
     if target.exists():
         if not marker.is_file():

@@ -141,12 +141,12 @@ def export_and_measure(
     """Export the CPU fp32 `student` (+ int8, fp16), score each variant on the test images via
     ONNX Runtime, time each and the teacher; returns (artifacts, teacher latency, warnings).
     `torch_out` is the student's torch output on those images (for the variants' drift)."""
+    from distill_core.checksums import sha256_file
     from distill_core.export import (
         check_parity,
         export_onnx,
         read_metadata,
         run_onnx,
-        sha256_file,
     )
     from distill_core.quantize import QuantizeError, convert_fp16, quantize_int8
 

@@ -8,7 +8,6 @@ the file. A parity check against torch guards against silent export errors.
 from __future__ import annotations
 
 import copy
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -205,12 +204,3 @@ def check_parity(model: nn.Module, onnx_path: Path, images: np.ndarray) -> float
             "would not reproduce the trained student — check for ops that trace differently"
         )
     return diff
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import torch
 
+from distill_core.checksums import sha256_file
+
 PROBE_SIZE = 32
 
 
@@ -124,14 +126,6 @@ def _check_batch(shape: tuple[int, ...]) -> None:
         )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # -- opencv ------------------------------------------------------------------------------------
 class OpenCVTeacher(Teacher):
     """A chain of OpenCV operators, run image by image in uint8 BGR as OpenCV expects."""
@@ -224,7 +218,7 @@ class OnnxTeacher(Teacher):
         params = sum(int(np.prod(init.dims, dtype=np.int64)) for init in graph.initializer)
         super().__init__(
             spec,
-            fingerprint=_sha256_file(path),
+            fingerprint=sha256_file(path),
             size_bytes=path.stat().st_size,
             params=params,
             path=path,
@@ -304,7 +298,7 @@ class TorchScriptTeacher(Teacher):
             params = sum(t.numel() for t in module.state_dict().values())
         super().__init__(
             spec,
-            fingerprint=_sha256_file(path),
+            fingerprint=sha256_file(path),
             size_bytes=path.stat().st_size,
             params=params,
             path=path,

@@ -7,7 +7,6 @@ more than the seconds export takes for students this size); `cpu` ingests datase
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import time
@@ -21,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from distill_core.checksums import sha256_file
 from jobs.heartbeat import Heartbeat, _number, claim_run
 from jobs.models import Artifact, Dataset, MetricPoint, Run
 from jobs.recorder import RunRecorder
@@ -285,14 +285,6 @@ def _distill(run: Run, recorder: RunRecorder, resume: bool) -> dict:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _store_artifacts(run: Run, report: dict) -> None:
     media = Path(settings.MEDIA_ROOT).resolve()
     out_dir = run.out_dir().resolve()
@@ -304,7 +296,7 @@ def _store_artifacts(run: Run, report: dict) -> None:
             kind=item["kind"],
             path=str(path.relative_to(media)),
             size_bytes=item.get("size_bytes") or path.stat().st_size,
-            sha256=item.get("sha256") or _sha256(path),
+            sha256=item.get("sha256") or sha256_file(path),
             psnr_vs_teacher=item.get("psnr_vs_teacher"),
             ssim_vs_teacher=item.get("ssim_vs_teacher"),
             latency_ms_p50=item.get("latency_ms_p50"),
@@ -317,7 +309,7 @@ def _store_artifacts(run: Run, report: dict) -> None:
             kind=Artifact.Kind.REPORT,
             path=str(report_path.relative_to(media)),
             size_bytes=report_path.stat().st_size,
-            sha256=_sha256(report_path),
+            sha256=sha256_file(report_path),
         )
 
 

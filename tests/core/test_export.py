@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from distill_core.checksums import sha256_file
 from distill_core.export import (
     IMAGE_SPEC,
     ExportError,
@@ -18,7 +19,6 @@ from distill_core.export import (
     export_onnx,
     read_metadata,
     run_onnx,
-    sha256_file,
 )
 from distill_core.students import build_student
 
